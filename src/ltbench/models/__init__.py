@@ -1,0 +1,19 @@
+"""Backbones by name. Each returns an nn.Module with `out_dim` mapping images to features."""
+from ltbench.models import heads
+from ltbench.models.resnet_cifar import ResNetCifar
+
+BACKBONES = {
+    "resnet8": lambda c: ResNetCifar(1, 16, c),       # the demo preset's small sibling (75 k params)
+    "resnet20": lambda c: ResNetCifar(3, 16, c),
+    "resnet32": lambda c: ResNetCifar(5, 16, c),      # the LDAM-family standard (0.46 M params)
+    "resnet32_w4": lambda c: ResNetCifar(5, 64, c),   # GLMC's wide "resnet32" (64/128/256)
+}
+
+
+def create(name, in_channels=3):
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}: known backbones are {', '.join(BACKBONES)}")
+    return BACKBONES[name](in_channels)
+
+
+__all__ = ["BACKBONES", "create", "heads"]
