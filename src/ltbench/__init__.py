@@ -1,0 +1,1 @@
+"""ltbench: long-tailed recognition, run and compared honestly."""

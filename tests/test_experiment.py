@@ -1,0 +1,71 @@
+"""config.yaml: schema errors in one line naming the key; grid, variants and overrides."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltbench import experiment
+from ltbench.config import build
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.fixture
+def cfg():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_the_shipped_config_is_valid(cfg):
+    experiment.validate(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["presets"]["demo"].__setitem__("seeds", ["a"]), "presets.demo.seeds[0]"),
+    (lambda c: c.__setitem__("threads", 0), "'threads'"),
+    (lambda c: c.__setitem__("imbalance_factors", [0.01]), "imbalance_factors"),
+    (lambda c: c.__setitem__("methods", ["nope"]), "unknown method 'nope'"),
+    (lambda c: c.__setitem__("datasets", ["imagenet_lt"]), "'imagenet_lt' is not defined under 'data:'"),
+    (lambda c: c["data"]["fmnist"].__setitem__("source", "mnist"), "data.fmnist.source"),
+    (lambda c: c.__setitem__("bogus", 1), "bogus"),
+    (lambda c: c.__setitem__("train", {"epochz": 3}), "unknown setting 'epochz'"),
+    (lambda c: c.__setitem__("variants", {"la2": {"base": "lax"}}), "variants.la2.base"),
+])
+def test_bad_config_fails_in_one_line_naming_the_key(cfg, mutate, needle):
+    mutate(cfg)
+    with pytest.raises(ValueError) as err:
+        experiment.validate(cfg, SCHEMA)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_grid_keys_on_the_command_line_override_the_preset(cfg):
+    cfg["seeds"] = [0, 1, 2]
+    grid = experiment.effective(cfg)
+    assert grid["seeds"] == [0, 1, 2] and grid["datasets"] == ["fmnist"]
+
+
+def test_a_variant_is_config_with_its_own_name(cfg):
+    cfg["variants"] = {"la_tau2": {"base": "la", "tau": 2.0}}
+    cfg["methods"] = ["ce", "la_tau2"]
+    experiment.validate(cfg, SCHEMA)
+    base, over = experiment.run_settings(cfg, "fmnist", "la_tau2")
+    run = build("fmnist", 100, "la_tau2", 0, base=base, overrides=over)
+    assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 16)
+
+
+def test_set_flags_round_trip_through_the_cli_parser():
+    from ltbench.cli import parser
+    from ltbench.config import parse_value
+    flags = experiment.set_flags({"epochs": 16, "milestones": [8, 12], "backbone": "resnet8", "tau": 0.5})
+    import shlex
+    args = parser().parse_args(["train", "--data", "d", "--split", "s", "--dataset", "x", "--imb", "10",
+                                "--method", "ce", "--out", "o", *shlex.split(flags)])
+    parsed = dict(s.split("=", 1) for s in args.set)
+    assert {k: parse_value(v) for k, v in parsed.items()} == {"epochs": 16, "milestones": [8, 12],
+                                                              "backbone": "resnet8", "tau": 0.5}
+
+
+def test_if_below_one_is_rejected():
+    with pytest.raises(ValueError, match="IF = n_max / n_min"):
+        build("cifar10", 0.01, "ce", 0)
