@@ -1,0 +1,1 @@
+"""Data: sources read into memory, long-tailed splits, epoch samplers and batched augmentation."""
