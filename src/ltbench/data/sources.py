@@ -55,14 +55,19 @@ def _find_idx(root, name):
 
 
 def fmnist(root, download=False):
-    """Fashion-MNIST from IDX files in `root` (Debian's dataset-fashion-mnist layout) or in
-    `root/FashionMNIST/raw/` (torchvision's layout), gzipped or not."""
+    """Fashion-MNIST from IDX files in `root` or `root/FashionMNIST/raw/` (torchvision's layout),
+    gzipped or not, else from Debian's dataset-fashion-mnist; else downloaded into `root`."""
     root = root or FMNIST_DEBIAN
-    paths = {k: _find_idx(root, name) for k, name in FMNIST_FILES.items()}
+
+    def find():
+        found = {k: _find_idx(root, name) for k, name in FMNIST_FILES.items()}
+        return found if None not in found.values() else {k: _find_idx(FMNIST_DEBIAN, n) for k, n in FMNIST_FILES.items()}
+
+    paths = find()
     if None in paths.values() and download:
         import torchvision
         torchvision.datasets.FashionMNIST(root, train=True, download=True)
-        paths = {k: _find_idx(root, name) for k, name in FMNIST_FILES.items()}
+        paths = find()
     if None in paths.values():
         missing = next(FMNIST_FILES[k] for k, p in paths.items() if p is None)
         raise FileNotFoundError(f"Fashion-MNIST file {missing}(.gz) not found in {root} or {root}/FashionMNIST/raw: "
