@@ -61,6 +61,8 @@ class RunConfig:
     threads: int = 0                 # torch intra-op threads; 0 = torch's default
     deterministic: bool = True
     channels_last: bool = True       # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
+    amp: bool = True                 # bf16 autocast on CUDA (fp32 on CPU, where it is not faster)
+    compile: bool = False            # torch.compile the model (pays off on GPU for long runs)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -117,7 +119,10 @@ def build(dataset, imb, method, seed, base=None, family="cifar", overrides=None)
                              f"({', '.join(sorted(set(_FIELDS) - _IDENTITY - {'params'}))}) nor a "
                              f"hyper-parameter of {base!r} ({', '.join(sorted(cls.defaults)) or 'none'})")
     if "epochs" in run:
-        recipe = _scale_epochs(recipe, int(run["epochs"]))
+        if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset's epochs must not make it train
+            del run["epochs"]
+        else:
+            recipe = _scale_epochs(recipe, int(run["epochs"]))
     merged = {**recipe, **run}
     for key in ("milestones", "lr_factors"):
         if key in merged:

@@ -83,17 +83,22 @@ class DeviceData:
 
 
 @torch.no_grad()
-def predict(model, data, x, batch_size):
+def predict(model, data, x, batch_size, cfg):
     model.eval()
-    out = torch.cat([model(data.normalize(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    with autocast(cfg, x.device):
+        out = torch.cat([model(data.normalize(x[i:i + batch_size])).float() for i in range(0, len(x), batch_size)])
     model.train()
     return out
+
+
+def autocast(cfg, device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
 
 
 def evaluate(model, data, cfg, which):
     from ltbench.losses import posthoc_adjust
     x, y = (data.val_x, data.val_y) if which == "val" else (data.test_x, data.test_y)
-    logits = predict(model, data, x, cfg.eval_batch_size)
+    logits = predict(model, data, x, cfg.eval_batch_size, cfg)
     if cfg.posthoc_tau:
         logits = posthoc_adjust(logits, model.counts, cfg.posthoc_tau)
     return metrics.evaluate(logits, y, data.counts, cfg.many, cfg.few)
@@ -103,8 +108,10 @@ def evaluate(model, data, cfg, which):
 
 def make_optimizer(model, cfg):
     params = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
+    # one fused kernel per step on GPU, the multi-tensor path on CPU
+    fast = {"fused": True} if next(model.parameters()).is_cuda else {"foreach": True}
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, **fast)
 
 
 def train_epoch(model, opt, data, cfg, epoch, step0):
@@ -116,7 +123,7 @@ def train_epoch(model, opt, data, cfg, epoch, step0):
     if model.paired_sampler:
         order2 = model.paired_order(labels, epoch, cfg.epochs, gen_cpu, len(order)).to(data.train_x.device)
     nb = len(order) // cfg.batch_size if cfg.drop_last else math.ceil(len(order) / cfg.batch_size)
-    total, seen = 0.0, 0
+    total, seen = torch.zeros((), device=data.train_x.device), 0
 
     def views_of(idx):
         xb = data.train_x[idx]
@@ -126,15 +133,18 @@ def train_epoch(model, opt, data, cfg, epoch, step0):
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         views, yb = views_of(idx)
         paired = views_of(order2[b * cfg.batch_size:(b + 1) * cfg.batch_size]) if model.paired_sampler else None
-        loss = model.loss(views, yb, Step(epoch, cfg.epochs, step0 + b, nb, gen_dev, paired))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{cfg.method}: loss is {loss.item()} at epoch {epoch + 1}, batch {b}; "
-                                     f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
+        with autocast(cfg, data.train_x.device):
+            loss = model.loss(views, yb, Step(epoch, cfg.epochs, step0 + b, nb, gen_dev, paired))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.item() * len(idx)
+        model.after_step()
+        total += loss.detach() * len(idx)      # stays on the device: no sync per step
         seen += len(idx)
+    total = total.item()
+    if not math.isfinite(total):
+        raise FloatingPointError(f"{cfg.method}: loss is {total} at epoch {epoch + 1}; "
+                                 f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
     return total / max(seen, 1), step0 + nb
 
 
@@ -157,6 +167,8 @@ def run(cfg, data_path, split_path, out_dir, ckpt_dir, tracking_uri):
         model.load_stage1(torch.load(cfg.init_from, map_location=device, weights_only=False)["model"])
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.encoder.compile()   # in place: state_dict keys (and so checkpoints) are unchanged
     opt = make_optimizer(model, cfg)
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "best_val_epoch": -1, "best_test": -1.0,
              "best_test_epoch": -1, "test_at_best_val": None, "test_best": None, "wall_s": 0.0}

@@ -95,6 +95,9 @@ class Method(nn.Module):
     def start_epoch(self, epoch, epochs):
         """Hook called before each epoch (0-indexed); e.g. DRW switches weights here."""
 
+    def after_step(self):
+        """Hook called right after each optimizer step; e.g. a projection of weights onto a constraint set."""
+
     def epoch_log(self):
         """Extra per-epoch scalars to log (e.g. a schedule's alpha)."""
         return {}
