@@ -69,3 +69,12 @@ def test_set_flags_round_trip_through_the_cli_parser():
 def test_if_below_one_is_rejected():
     with pytest.raises(ValueError, match="IF = n_max / n_min"):
         build("cifar10", 0.01, "ce", 0)
+
+
+def test_the_demo_maps_each_recipe_backbone_to_its_small_sibling(cfg):
+    got = {}
+    for m in ("ce", "bbn"):
+        base, over = experiment.run_settings(cfg, "fmnist", m)
+        got[m] = build("fmnist", 100, m, 0, base=base, overrides=over).backbone
+    assert got == {"ce": "resnet8", "bbn": "resnet8_bbn"}
+    assert build("cifar10", 100, "bbn", 0).backbone == "resnet32_bbn"

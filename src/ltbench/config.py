@@ -63,6 +63,8 @@ class RunConfig:
     channels_last: bool = True       # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
     amp: bool = True                 # bf16 autocast on CUDA (fp32 on CPU, where it is not faster)
     compile: bool = False            # torch.compile the model (pays off on GPU for long runs)
+    workers: int = 0                 # image-decoding processes per GPU for on-disk datasets (ImageNet-LT,
+                                     # iNat); 0 = the job's CPUs shared among the processes on the node
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -118,6 +120,9 @@ def build(dataset, imb, method, seed, base=None, family="cifar", overrides=None)
             raise ValueError(f"unknown setting {key!r} for method {base!r}: it is neither a run setting "
                              f"({', '.join(sorted(set(_FIELDS) - _IDENTITY - {'params'}))}) nor a "
                              f"hyper-parameter of {base!r} ({', '.join(sorted(cls.defaults)) or 'none'})")
+    if isinstance(run.get("backbone"), dict):   # a preset maps recipe backbones to smaller siblings
+        run["backbone"] = run["backbone"].get(recipe.get("backbone", RunConfig.backbone),
+                                              recipe.get("backbone", RunConfig.backbone))
     if "epochs" in run:
         if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset's epochs must not make it train
             del run["epochs"]

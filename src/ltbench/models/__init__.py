@@ -1,5 +1,6 @@
 """Backbones by name. Each returns an nn.Module with `out_dim` mapping images to features."""
 from ltbench.models import heads
+from ltbench.models.resnet_bbn import ResNetBBNCifar
 from ltbench.models.resnet_cifar import ResNetCifar
 
 BACKBONES = {
@@ -7,6 +8,9 @@ BACKBONES = {
     "resnet20": lambda c: ResNetCifar(3, 16, c),
     "resnet32": lambda c: ResNetCifar(5, 16, c),      # the LDAM-family standard (0.46 M params)
     "resnet32_w4": lambda c: ResNetCifar(5, 64, c),   # GLMC's wide "resnet32" (64/128/256)
+    "resnet8_w4": lambda c: ResNetCifar(1, 64, c),    # its demo-sized sibling
+    "resnet32_bbn": lambda c: ResNetBBNCifar(5, 16, c),   # BBN/TDE split last block, 128-d feature
+    "resnet8_bbn": lambda c: ResNetBBNCifar(1, 16, c),    # its demo-sized sibling
 }
 
 

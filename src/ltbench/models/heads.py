@@ -26,6 +26,13 @@ class NormedLinear(nn.Module):
 
 
 class Linear(nn.Linear):
+    """Linear classifier with bias, Kaiming-normal weights as LDAM's ResNet-32 initialises it
+    (kaidic/LDAM-DRW@2536330:models/resnet_cifar.py, `_weights_init`)."""
+
+    def __init__(self, in_dim, num_classes):
+        super().__init__(in_dim, num_classes)
+        nn.init.kaiming_normal_(self.weight)
+
     def class_weights(self):
         return self.weight
 
