@@ -19,6 +19,7 @@ except ValueError as err:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/targets.smk"
 include: "workflow/rules/report.smk"
 
 

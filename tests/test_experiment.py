@@ -25,7 +25,7 @@ def test_the_shipped_config_is_valid(cfg):
     (lambda c: c.__setitem__("threads", 0), "'threads'"),
     (lambda c: c.__setitem__("imbalance_factors", [0.01]), "imbalance_factors"),
     (lambda c: c.__setitem__("methods", ["nope"]), "unknown method 'nope'"),
-    (lambda c: c.__setitem__("datasets", ["imagenet_lt"]), "'imagenet_lt' is not defined under 'data:'"),
+    (lambda c: c.__setitem__("datasets", ["nope_lt"]), "'nope_lt' is not defined under 'data:'"),
     (lambda c: c["data"]["fmnist"].__setitem__("source", "mnist"), "data.fmnist.source"),
     (lambda c: c.__setitem__("bogus", 1), "bogus"),
     (lambda c: c.__setitem__("train", {"epochz": 3}), "unknown setting 'epochz'"),
@@ -52,6 +52,13 @@ def test_a_variant_is_config_with_its_own_name(cfg):
     base, over = experiment.run_settings(cfg, "fmnist", "la_tau2")
     run = build("fmnist", 100, "la_tau2", 0, base=base, overrides=over)
     assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 16)
+
+
+def test_epoch_scale_shrinks_every_recipe_in_proportion():
+    assert build("x", 10, "ce", 0, overrides={"epoch_scale": 0.08}).epochs == 16
+    assert build("x", 10, "crt", 0, overrides={"epoch_scale": 0.08}).epochs == 1
+    assert build("x", 10, "tau_norm", 0, overrides={"epoch_scale": 0.08}).epochs == 0
+    assert build("x", 10, "ce", 0, overrides={"epoch_scale": 0.08, "epochs": 5}).epochs == 5
 
 
 def test_set_flags_round_trip_through_the_cli_parser():

@@ -36,6 +36,7 @@ class RunConfig:
     backbone: str = "resnet32"
     # optimisation (per-epoch schedule, epochs 1-indexed as in the official code)
     epochs: int = 200
+    epoch_scale: float = 1.0         # scales the recipe's epochs (and with them milestones, warm-up)
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -51,6 +52,9 @@ class RunConfig:
     init_from: str = ""              # stage-1 checkpoint (two-stage methods; set by the DAG)
     # augmentation
     padding: int = 4
+    augment_path: str = "batched"    # batched: views of uint8 batches on the device (ltbench.data.views);
+                                     # reference: per-image PIL views in DataLoader workers, as the
+                                     # official repos (ltbench.data.reference); on-disk data is per-image
     # evaluation
     posthoc_tau: float = 0.0         # post-hoc logit adjustment at test time (0 = off)
     many: int = 100                  # many: > many training images
@@ -123,8 +127,11 @@ def build(dataset, imb, method, seed, base=None, family="cifar", overrides=None)
     if isinstance(run.get("backbone"), dict):   # a preset maps recipe backbones to smaller siblings
         run["backbone"] = run["backbone"].get(recipe.get("backbone", RunConfig.backbone),
                                               recipe.get("backbone", RunConfig.backbone))
+    if "epochs" not in run and run.get("epoch_scale", 1.0) != 1.0:
+        # a preset shrinks every recipe by one factor: 200 -> 16 and a 10-epoch stage 2 -> 1 at 0.08
+        run["epochs"] = max(1, round(recipe["epochs"] * run["epoch_scale"]))
     if "epochs" in run:
-        if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset's epochs must not make it train
+        if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset must not make it train
             del run["epochs"]
         else:
             recipe = _scale_epochs(recipe, int(run["epochs"]))

@@ -92,12 +92,14 @@ def stage1_of(config, method):
 
 
 def run_settings(config, dataset, method):
-    """(base method, overrides) of one run: preset train < dataset train < variant overrides."""
+    """(base method, overrides) of one run, later winning: the preset's `train`, the dataset's
+    `train`, the preset's `per_method` entry for this name, the variant's overrides."""
     grid = effective(config)
     method, _ = split_stage(method)
     variant = dict(config.get("variants", {}).get(method, {}))
     base = variant.pop("base", method)
-    overrides = {**grid["train"], **config["data"][dataset].get("train", {}), **variant}
+    overrides = {**grid["train"], **config["data"][dataset].get("train", {}),
+                 **grid.get("per_method", {}).get(method, {}), **variant}
     return base, overrides
 
 

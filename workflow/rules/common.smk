@@ -1,3 +1,5 @@
+from ltbench.config import build
+from ltbench.methods import get as method_class
 from ltbench.experiment import effective, run_settings, set_flags, stage1_of
 
 GRID = effective(config)
@@ -39,10 +41,36 @@ def stage1_result(wc):
     return [f"{run_dir(wc, stage1)}/result.json"] if stage1 else []
 
 
+# Files a method asks the DAG to make before it runs (TSC's targets and assignment): the method's
+# `dag_inputs(params, family)` maps a hyper-parameter to the name of the rule that makes its file;
+# the rule file registers here how that rule names its file for a run:
+# DAG_FILES[rule](wildcards, params) -> path. The train job waits for the file and gets its path.
+DAG_FILES = {}
+
+
+def family_of(wc):
+    return dataset_cfg(wc.dataset).get("family", "cifar")
+
+
+def dag_files(wc):
+    """{hyper-parameter: path} of the files this run needs from other rules."""
+    base, overrides = run_settings(config, wc.dataset, wc.method)
+    cls = method_class(base)
+    if not hasattr(cls, "dag_inputs"):
+        return {}
+    params = build(wc.dataset, float(wc.imb), wc.method, int(wc.seed), base=base, family=family_of(wc),
+                   overrides=overrides).params
+    return {key: DAG_FILES[rule](wc, params) for key, rule in cls.dag_inputs(params, family_of(wc)).items()}
+
+
+def dag_file_paths(wc):
+    return list(dag_files(wc).values())
+
+
 def train_flags(wc):
     base, overrides = run_settings(config, wc.dataset, wc.method)
     stage1 = stage1_of(config, wc.method)
     if stage1:
         overrides["init_from"] = f"{run_dir(wc, stage1)}/ckpt/last.pt"
-    family = dataset_cfg(wc.dataset).get("family", "cifar")
-    return f"--base {base} --family {family} {set_flags(overrides)}"
+    overrides.update(dag_files(wc))
+    return f"--base {base} --family {family_of(wc)} {set_flags(overrides)}"
