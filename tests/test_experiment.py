@@ -51,7 +51,7 @@ def test_a_variant_is_config_with_its_own_name(cfg):
     experiment.validate(cfg, SCHEMA)
     base, over = experiment.run_settings(cfg, "fmnist", "la_tau2")
     run = build("fmnist", 100, "la_tau2", 0, base=base, overrides=over)
-    assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 16)
+    assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 12)
 
 
 def test_epoch_scale_shrinks_every_recipe_in_proportion():
