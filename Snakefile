@@ -11,6 +11,7 @@ configfile: "config.yaml"
 
 
 try:
+    experiment.coerce_cli(config)
     experiment.validate(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 except ValueError as err:
     sys.exit(str(err))

@@ -85,3 +85,10 @@ def test_the_demo_maps_each_recipe_backbone_to_its_small_sibling(cfg):
         got[m] = build("fmnist", 100, m, 0, base=base, overrides=over).backbone
     assert got == {"ce": "resnet8", "bbn": "resnet8_bbn"}
     assert build("cifar10", 100, "bbn", 0).backbone == "resnet32_bbn"
+
+
+def test_command_line_lists_arrive_as_strings_and_are_read_as_yaml(cfg):
+    cfg.update(seeds=["0", "1", "2"], imbalance_factors=["100"], methods=["ce", "la"])
+    experiment.coerce_cli(cfg)
+    experiment.validate(cfg, SCHEMA)
+    assert cfg["seeds"] == [0, 1, 2] and cfg["imbalance_factors"] == [100] and cfg["methods"] == ["ce", "la"]

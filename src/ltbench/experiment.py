@@ -19,6 +19,14 @@ def _where(err):
     return path or "(top level)"
 
 
+def coerce_cli(config):
+    """`snakemake --config seeds=[0,1,2]` hands list items over as strings: read them as YAML."""
+    for key in GRID_KEYS:
+        if isinstance(config.get(key), list):
+            config[key] = [yaml.safe_load(v) if isinstance(v, str) else v for v in config[key]]
+    return config
+
+
 def validate(config, schema_path):
     """Validate against the JSON schema and the registry; raise ValueError with one line."""
     import jsonschema
