@@ -8,12 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-GROUPS = ("many", "medium", "few")
-
-
-def group_of(counts, many=100, few=20):
-    counts = np.asarray(counts)
-    return np.where(counts > many, 0, np.where(counts < few, 2, 1))
+from ltbench.data.lt import GROUP_NAMES as GROUPS
+from ltbench.data.lt import groups as group_of
 
 
 def group_sizes(counts, many=100, few=20):
