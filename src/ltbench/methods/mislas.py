@@ -35,12 +35,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ltbench import losses
 from ltbench.methods import register
 from ltbench.methods.base import LDAM_CIFAR
-from ltbench.methods.decoupling import Stage1Head, Stage2
+from ltbench.methods.decoupling import LWS
 from ltbench.methods.mixup import Mixup
 
 MISLAS_STAGE1_CIFAR = dict(LDAM_CIFAR, lr_factors=(0.1, 0.01))
@@ -101,7 +100,7 @@ def label_aware_smoothing(logits, y, eps):
 
 
 @register("mislas")
-class MiSLAS(Stage2):
+class MiSLAS(LWS):
     stage1 = "mislas_stage1"
     sampler = "class_balanced"
     defaults = {"smooth_head": None, "smooth_tail": None, "shape": "concave", "shift_bn": None, "lr_factor": None,
@@ -115,21 +114,13 @@ class MiSLAS(Stage2):
         eps = label_aware_epsilon(info.counts, self.settings["smooth_head"], self.settings["smooth_tail"],
                                   self.p["shape"])
         self.register_buffer("eps", eps.float(), persistent=False)
-        self.fc = Stage1Head(self.encoder.out_dim, info.num_classes)
-        self.scale = nn.Parameter(torch.ones(info.num_classes))
+        self.fc.requires_grad_(True)   # unlike LWS, the classifier itself is re-trained
         self.train()
 
     def train(self, mode=True):
         super().train(mode)
         self.encoder.train(mode and bool(self.settings["shift_bn"]))
         return self
-
-    def load_stage1(self, state_dict):
-        super().load_stage1(state_dict)
-        self.fc.load(state_dict, self.p["cosine_scale"], self.name)
-
-    def forward(self, x):
-        return self.scale * self.fc(self.features(x))
 
     def loss(self, views, y, step):
         return label_aware_smoothing(self(views[0]), y, self.eps)
