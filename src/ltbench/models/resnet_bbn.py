@@ -15,29 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.models.resnet_cifar import BasicBlock
+from ltbench.models.resnet_cifar import BasicBlock, build_stages, kaiming_init
 
 
 class ResNetBBNCifar(nn.Module):
     def __init__(self, blocks_per_stage, width=16, in_channels=3):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        layers, cin = [], width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):
-            shared = blocks_per_stage - 1 if i == 2 else blocks_per_stage
-            for j in range(shared):
-                layers.append(BasicBlock(cin, cout, 2 if i > 0 and j == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
+        n = blocks_per_stage
+        cin = build_stages(self, (n, n, n - 1), width, in_channels)
         stride = 1 if cin == 4 * width else 2
         self.cb_block = BasicBlock(cin, 4 * width, stride)
         self.rb_block = BasicBlock(cin, 4 * width, stride)
         self.branch_dim = 4 * width
         self.out_dim = 2 * self.branch_dim
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
+        kaiming_init(self)
 
     def trunk(self, x):
         """The shared layers: images -> the feature map both branches start from."""

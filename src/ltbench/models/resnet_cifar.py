@@ -27,21 +27,31 @@ class BasicBlock(nn.Module):
         return F.relu(out + sc)
 
 
+def build_stages(net, blocks, width, in_channels):
+    """Give `net` the 3x3 stem (conv1, bn1) and three stages (`layers`) of blocks[i] BasicBlocks at
+    widths w, 2w, 4w, strides 1, 2, 2; return the channel count at the end."""
+    net.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    layers, cin = [], width
+    for i, (cout, n) in enumerate(zip((width, 2 * width, 4 * width), blocks)):
+        for j in range(n):
+            layers.append(BasicBlock(cin, cout, 2 if i > 0 and j == 0 else 1))
+            cin = cout
+    net.layers = nn.Sequential(*layers)
+    return cin
+
+
+def kaiming_init(net):
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class ResNetCifar(nn.Module):
     def __init__(self, blocks_per_stage, width=16, in_channels=3):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        layers, cin = [], width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):
-            for j in range(blocks_per_stage):
-                layers.append(BasicBlock(cin, cout, 2 if i > 0 and j == 0 else 1))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.out_dim = cin
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
+        self.out_dim = build_stages(self, (blocks_per_stage,) * 3, width, in_channels)
+        kaiming_init(self)
 
     def forward(self, x):
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
