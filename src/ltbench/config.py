@@ -65,7 +65,7 @@ class RunConfig:
     threads: int = 0                 # torch intra-op threads; 0 = torch's default
     deterministic: bool = True
     channels_last: bool = True       # NHWC activations: faster convolutions on CPU (oneDNN) and GPU
-    amp: bool = True                 # bf16 autocast on CUDA (fp32 on CPU, where it is not faster)
+    amp: bool = True                 # bf16 autocast on CUDA and on CPUs with native bf16 (train.bf16_native)
     compile: bool = False            # torch.compile the model (pays off on GPU for long runs)
     workers: int = 0                 # image-decoding processes per GPU for on-disk datasets (ImageNet-LT,
                                      # iNat); 0 = the job's CPUs shared among the processes on the node

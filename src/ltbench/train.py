@@ -119,8 +119,17 @@ def predict(model, data, which, batch_size, cfg):
     return dist.gather_rows(torch.cat(out) if out else torch.zeros(0, data.info.num_classes, device=data.device))
 
 
+def bf16_native(device):
+    """CUDA, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16 / AMX): there bf16 autocast
+    trains ResNets ~1.5x and evaluates ~3x faster; elsewhere bf16 on CPU is emulated and slower."""
+    if device.type == "cuda":
+        return True
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
 def autocast(cfg, device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and bf16_native(device))
 
 
 def evaluate(model, data, cfg, which):
