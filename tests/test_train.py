@@ -105,3 +105,24 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(synth, tmp_path):
     assert len(runs) == 2                                   # `whole` and `broken`: one MLflow run each
     steps = sorted({m.step for m in c.get_metric_history(rb["run_id"], "test_top1")})
     assert steps == list(range(1, n + 1))
+
+
+def test_a_rerun_with_edited_settings_starts_over_instead_of_splicing_two_runs(synth, tmp_path):
+    """Editing a run's settings (here its epochs) and rerunning must not resume the old checkpoint."""
+    out = tmp_path / "run"
+    subprocess.run(_cli(synth, tmp_path, out, 2), check=True, capture_output=True)
+    first = json.loads((out / "result.json").read_text())
+    (out / "result.json").unlink()                          # what Snakemake does before a rerun
+    proc = subprocess.run(_cli(synth, tmp_path, out, 3), check=True, capture_output=True, text=True)
+    assert "holds a run with other settings (epochs, milestones)" in proc.stdout
+    again = json.loads((out / "result.json").read_text())
+    assert again["run_id"] != first["run_id"] and again["epochs"] == 3
+    steps = [m.step for m in client(again["tracking_uri"]).get_metric_history(again["run_id"], "test_top1")]
+    assert steps == [1, 2, 3]                               # trained from scratch, not 2 old + 1 new
+    stale = [p for p in out.iterdir() if p.name.startswith("ckpt.stale-")]
+    assert len(stale) == 1 and (stale[0] / "last.pt").exists()   # the old checkpoints are kept aside
+    # the same settings again: an ordinary resume of the finished run, nothing set aside
+    (out / "result.json").unlink()
+    proc = subprocess.run(_cli(synth, tmp_path, out, 3), check=True, capture_output=True, text=True)
+    assert "other settings" not in proc.stdout
+    assert json.loads((out / "result.json").read_text())["run_id"] == again["run_id"]

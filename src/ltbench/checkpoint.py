@@ -22,6 +22,7 @@ import io
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -140,3 +141,24 @@ def load_latest(directory, map_location="cpu", names=("last", "prev")):
         print(f"checkpoint: {'; '.join(problems)}; no usable checkpoint in {d}, starting from scratch",
               file=sys.stderr, flush=True)
     return None
+
+
+# Settings that change where or how fast a run computes, not what it computes: a run may resume
+# under other values of these (another node, more threads, a moved stage-1 folder).
+PLACEMENT = frozenset({"device", "threads", "workers", "compile", "eval_batch_size", "init_from",
+                       "deterministic", "channels_last"})
+
+
+def changed_settings(saved, current):
+    """Names of the settings in which a checkpoint's run config differs from the current one."""
+    keys = (set(saved) | set(current)) - PLACEMENT
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def set_aside(directory):
+    """Move a run's checkpoints (and MLflow journal) out of the way; returns the new folder."""
+    d = Path(directory)
+    stale = d.with_name(f"{d.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    d.rename(stale)
+    d.mkdir()
+    return stale

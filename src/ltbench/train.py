@@ -214,6 +214,13 @@ def run(cfg, data_path, split_path, out_dir, ckpt_dir, tracking_uri):
              "best_test_epoch": -1, "test_at_best_val": None, "test_best": None, "wall_s": 0.0}
 
     ck = checkpoint.load_latest(ckpt_dir, map_location=device)   # last.pt, or prev.pt if last is damaged
+    changed = checkpoint.changed_settings(ck["config"], cfg.to_dict()) if ck else []
+    if changed:   # the settings were edited since: resuming would splice two different runs
+        ck = None
+        if main:
+            stale = checkpoint.set_aside(ckpt_dir)
+            print(f"# {ckpt_dir} holds a run with other settings ({', '.join(changed)}); moved to {stale}, "
+                  f"starting over in a new MLflow run", flush=True)
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
