@@ -51,7 +51,7 @@ def test_a_variant_is_config_with_its_own_name(cfg):
     experiment.validate(cfg, SCHEMA)
     base, over = experiment.run_settings(cfg, "fmnist", "la_tau2")
     run = build("fmnist", 100, "la_tau2", 0, base=base, overrides=over)
-    assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 12)
+    assert (run.method, run.base, run.params["tau"], run.epochs) == ("la_tau2", "la", 2.0, 20)
 
 
 def test_epoch_scale_shrinks_every_recipe_in_proportion():
@@ -59,6 +59,17 @@ def test_epoch_scale_shrinks_every_recipe_in_proportion():
     assert build("x", 10, "crt", 0, overrides={"epoch_scale": 0.08}).epochs == 1
     assert build("x", 10, "tau_norm", 0, overrides={"epoch_scale": 0.08}).epochs == 0
     assert build("x", 10, "ce", 0, overrides={"epoch_scale": 0.08, "epochs": 5}).epochs == 5
+
+
+def test_batch_scale_shrinks_the_batch_and_the_lr_with_it_unless_either_is_given():
+    ce = build("x", 10, "ce", 0, overrides={"batch_scale": 0.25})           # recipe: batch 128, lr 0.1
+    assert (ce.batch_size, ce.lr) == (32, pytest.approx(0.025))
+    bcl = build("x", 10, "bcl", 0, overrides={"batch_scale": 0.25})         # recipe: batch 256, lr 0.15
+    assert (bcl.batch_size, bcl.lr) == (64, pytest.approx(0.0375))
+    lr_given = build("x", 10, "ce", 0, overrides={"batch_scale": 0.25, "lr": 0.5})
+    assert (lr_given.batch_size, lr_given.lr) == (32, 0.5)
+    batch_given = build("x", 10, "ce", 0, overrides={"batch_scale": 0.25, "batch_size": 256})
+    assert (batch_given.batch_size, batch_given.lr) == (256, pytest.approx(0.1))
 
 
 def test_set_flags_round_trip_through_the_cli_parser():

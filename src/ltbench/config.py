@@ -7,9 +7,11 @@ A run's settings are layered, later layers winning:
   2. the method's hyper-parameter defaults (`Method.defaults`),
   3. the variant's overrides (config `variants: {la_tau2: {base: la, tau: 2.0}}`),
   4. the preset's `train:` block and the dataset's `train:` block (e.g. demo epochs),
+     where `epoch_scale` and `batch_scale` shrink every recipe in proportion,
   5. `--set key=value` flags given on the command line.
 Epoch-valued recipe entries (milestones, warm-up) are rescaled when `epochs` is overridden,
-so the demo preset runs the paper schedule in proportion.
+so the demo preset runs the paper schedule in proportion; `batch_scale` shrinks the batch with the
+lr (linear scaling rule, Goyal et al. 2017) unless a batch size is given outright.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class RunConfig:
     # optimisation (per-epoch schedule, epochs 1-indexed as in the official code)
     epochs: int = 200
     epoch_scale: float = 1.0         # scales the recipe's epochs (and with them milestones, warm-up)
+    batch_scale: float = 1.0         # scales the recipe's batch size and, by the linear rule, its lr
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -130,6 +133,11 @@ def build(dataset, imb, method, seed, base=None, family="cifar", overrides=None)
     if "epochs" not in run and run.get("epoch_scale", 1.0) != 1.0:
         # a preset shrinks every recipe by one factor: 200 -> 16 and a 10-epoch stage 2 -> 1 at 0.08
         run["epochs"] = max(1, round(recipe["epochs"] * run["epoch_scale"]))
+    if run.get("batch_scale", 1.0) != 1.0 and "batch_size" not in run:
+        # a small dataset at the recipe's batch gets few steps per epoch; lr / batch stays the recipe's
+        scale = run["batch_scale"]
+        run["batch_size"] = max(1, round(recipe.get("batch_size", RunConfig.batch_size) * scale))
+        run.setdefault("lr", recipe.get("lr", RunConfig.lr) * run["batch_size"] / recipe.get("batch_size", RunConfig.batch_size))
     if "epochs" in run:
         if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset must not make it train
             del run["epochs"]
