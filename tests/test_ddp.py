@@ -87,7 +87,10 @@ def _collectives(rank, store, out):
     y = bn(part)
     (y * torch.linspace(-1, 1, y.numel()).view_as(y) * (rank + 1)).sum().backward()   # rank r's objective
     torch.save({"gathered": gathered, "y": y.detach(), "grad_x": part.grad, "grad_w": bn[0].weight.grad,
-                "running_var": bn[0].running_var, "kind": type(bn[0]).__name__}, f"{out}{rank}.pt")
+                "running_var": bn[0].running_var.clone(), "kind": type(bn[0]).__name__}, f"{out}{rank}.pt")
+    with torch.no_grad():   # bf16 activations (autocast on a bf16 CPU): float32 statistics, bf16 out
+        yb = bn(part.detach().bfloat16())
+    torch.save({"y": yb, "running_dtype": bn[0].running_mean.dtype}, f"{out}{rank}_bf16.pt")
     tdist.destroy_process_group()
 
 
@@ -99,6 +102,10 @@ def test_gather_and_global_batchnorm_match_one_process(tmp_path):
     expected = torch.arange(5, dtype=torch.float32).view(-1, 1).repeat(1, 3)
     assert torch.equal(r[0]["gathered"], expected) and torch.equal(r[1]["gathered"], expected)
     assert r[0]["kind"] == "CPUSyncBatchNorm"
+    for k in range(2):
+        b = torch.load(tmp_path / f"rank{k}_bf16.pt")
+        assert b["y"].dtype == torch.bfloat16 and b["running_dtype"] == torch.float32
+        assert torch.allclose(b["y"].float(), r[k]["y"], atol=0.05)
     # one process, the whole batch, the sum of both ranks' objectives
     torch.manual_seed(0)
     x = (torch.randn(8, 4, 5, 5) * 3 + 1).requires_grad_()
@@ -156,8 +163,9 @@ WORKER = textwrap.dedent('''
 
     train.DeviceData.train_batches = recording
     data, split, out, uri = sys.argv[1:]
+    # fp32: the comparison is of the data-parallel arithmetic, which bf16 rounding would swamp
     cfg = build("synth", 10, "ddp_probe", 0, overrides={"epochs": 3, "batch_size": 32, "threads": 1,
-                                                        "warmup_epochs": 0})
+                                                        "warmup_epochs": 0, "amp": False})
     torch.manual_seed(cfg.seed)               # what the trainer builds, to see how far training moves it
     torch.save(Probe(cfg, train.DeviceData(data, split, "cpu").info).state_dict(), Path(out + "_initial.pt"))
     train.run(cfg, data, split, out, Path(out) / "ckpt", uri)

@@ -181,6 +181,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and world() > 1):
             return super().forward(x)
         self._check_input_dim(x)
+        dtype, x = x.dtype, x.float()   # statistics in float32 under bf16 autocast, as torch's BatchNorm
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = torch.tensor(float(x.numel() // x.shape[1]))
@@ -195,7 +196,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mu, m)
                 self.running_var.lerp_(var * (count / (count - 1)), m)
         out = xc * torch.rsqrt(var + self.eps).view(shape)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return (out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out).to(dtype)
 
 
 def sync_batchnorm(module, device):
