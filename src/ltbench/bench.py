@@ -10,7 +10,7 @@ paths, one after the other in the same process, and reports view-images per seco
 per image, the second batch of a two-batch method counting its own views):
 
   ltbench     augment_path batched: uint8 images on the device, each view made there for the whole
-              batch; bf16 autocast on CUDA, channels_last, the trainer's fused (CUDA) / foreach SGD
+              batch; bf16 autocast (CUDA, and CPUs with bf16 kernels), channels_last, the trainer's fused (CUDA) / foreach SGD
   reference   as the official repos run: per-image PIL transforms in DataLoader workers, float32,
               channels-first, torch.optim.SGD with its default arguments
 
