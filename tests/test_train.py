@@ -126,3 +126,16 @@ def test_a_rerun_with_edited_settings_starts_over_instead_of_splicing_two_runs(s
     proc = subprocess.run(_cli(synth, tmp_path, out, 3), check=True, capture_output=True, text=True)
     assert "other settings" not in proc.stdout
     assert json.loads((out / "result.json").read_text())["run_id"] == again["run_id"]
+
+
+def test_bf16_autocast_on_cpu_only_where_onednn_has_bf16_kernels(monkeypatch):
+    cfg = build("synth", 10, "ce", 0, overrides=SMALL)
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        with train.autocast(cfg, cpu):
+            assert torch.is_autocast_enabled("cpu") == native
+            y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
+        assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    with train.autocast(build("synth", 10, "ce", 0, overrides={**SMALL, "amp": False}), cpu):
+        assert not torch.is_autocast_enabled("cpu")
