@@ -13,6 +13,8 @@ from ltbench import train
 from ltbench.config import build
 from ltbench.tracking import client
 
+from helpers import assert_same_ending, train_on_synth
+
 SMALL = {"epochs": 4, "backbone": "resnet8", "batch_size": 64, "threads": 1}
 
 
@@ -39,10 +41,7 @@ def test_cosine_schedule_starts_at_base_and_reaches_zero_after_the_last_epoch():
 
 
 def _run(synth, tmp, method="ce", **over):
-    cfg = build("synth", 10, method, 0, overrides={**SMALL, **over})
-    out = tmp / f"run_{method}"
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{tmp}/mlflow.db")
-    return out
+    return train_on_synth(synth, tmp, method, {**SMALL, **over}, name=f"run_{method}")
 
 
 def test_a_run_writes_result_json_and_logs_one_mlflow_run(synth, tmp_path):
@@ -92,12 +91,7 @@ def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(synth, tmp_path):
     assert not (broken / "result.json").exists()
     subprocess.run(_cli(synth, tmp_path, broken, n), check=True, capture_output=True)
 
-    a = torch.load(whole / "ckpt" / "last.pt", weights_only=False)["model"]
-    b = torch.load(broken / "ckpt" / "last.pt", weights_only=False)["model"]
-    for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-6, rtol=0), key
-    ra, rb = (json.loads((p / "result.json").read_text()) for p in (whole, broken))
-    assert rb["top1_last"] == ra["top1_last"]
+    ra, rb = assert_same_ending(whole, broken)
     c = client(rb["tracking_uri"])
     assert (broken / "ckpt" / "mlflow_run_id").read_text() == rb["run_id"]
     runs = c.search_runs([c.get_experiment_by_name("ltbench").experiment_id],
@@ -133,9 +127,12 @@ def test_bf16_autocast_on_cpu_only_where_onednn_has_bf16_kernels(monkeypatch):
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        train._cpu_has_bf16.cache_clear()                   # the probe's answer is kept per process
         with train.autocast(cfg, cpu):
             assert torch.is_autocast_enabled("cpu") == native
             y = torch.nn.functional.linear(torch.randn(2, 3), torch.randn(4, 3))
         assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.undo()
+    train._cpu_has_bf16.cache_clear()                       # later tests see the real CPU again
     with train.autocast(build("synth", 10, "ce", 0, overrides={**SMALL, "amp": False}), cpu):
         assert not torch.is_autocast_enabled("cpu")

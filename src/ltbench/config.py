@@ -135,9 +135,9 @@ def build(dataset, imb, method, seed, base=None, family="cifar", overrides=None)
         run["epochs"] = max(1, round(recipe["epochs"] * run["epoch_scale"]))
     if run.get("batch_scale", 1.0) != 1.0 and "batch_size" not in run:
         # a small dataset at the recipe's batch gets few steps per epoch; lr / batch stays the recipe's
-        scale = run["batch_scale"]
-        run["batch_size"] = max(1, round(recipe.get("batch_size", RunConfig.batch_size) * scale))
-        run.setdefault("lr", recipe.get("lr", RunConfig.lr) * run["batch_size"] / recipe.get("batch_size", RunConfig.batch_size))
+        batch = recipe.get("batch_size", RunConfig.batch_size)
+        run["batch_size"] = max(1, round(batch * run["batch_scale"]))
+        run.setdefault("lr", recipe.get("lr", RunConfig.lr) * run["batch_size"] / batch)
     if "epochs" in run:
         if recipe["epochs"] == 0:    # training-free (tau-norm, NCM): a preset must not make it train
             del run["epochs"]
