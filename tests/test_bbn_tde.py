@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ltbench import models, train
+from ltbench import models
 from ltbench.config import build
 from ltbench.methods import get
 from ltbench.methods.base import DataInfo, Step
@@ -17,6 +16,8 @@ from ltbench.methods.bbn import BBN, bbn_mix_loss, cumulative_alpha
 from ltbench.methods.tde import causal_logits
 from ltbench.models.resnet_cifar import BasicBlock
 from ltbench.tracking import client
+
+from helpers import train_on_synth
 
 INFO = DataInfo(num_classes=4, counts=(150, 68, 31, 15), in_channels=3, image_size=12)
 
@@ -209,9 +210,7 @@ SMALL = {"epochs": 2, "backbone": "resnet8_bbn", "batch_size": 64, "threads": 1}
 
 
 def _run(synth, tmp, method, **over):
-    cfg = build("synth", 10, method, 0, overrides={**SMALL, **over})
-    out = tmp / method
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{tmp}/mlflow.db")
+    out = train_on_synth(synth, tmp, method, {**SMALL, **over})
     return json.loads((out / "result.json").read_text()), out
 
 

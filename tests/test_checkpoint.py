@@ -1,6 +1,5 @@
 """Checkpoints: SHA-256 sidecars, `prev` kept, every crash point of a save, resume from prev."""
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import torch
 from ltbench import checkpoint, train
 from ltbench.config import build
 from ltbench.tracking import client
+
+from helpers import assert_same_ending
 
 
 def obj(i):
@@ -133,12 +134,7 @@ def test_a_crash_then_a_truncated_last_checkpoint_resumes_from_prev_to_the_same_
     captured = capsys.readouterr()
     assert "resuming from prev.pt" in captured.err and "after epoch 2" in captured.out
 
-    a = torch.load(whole / "ckpt" / "last.pt", weights_only=False)["model"]
-    b = torch.load(broken / "ckpt" / "last.pt", weights_only=False)["model"]
-    for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-6, rtol=0), key
-    ra, rb = (json.loads((p / "result.json").read_text()) for p in (whole, broken))
-    assert rb["top1_last"] == ra["top1_last"]
+    ra, rb = assert_same_ending(whole, broken)
     assert rb["run_id"] == (broken / "ckpt" / "mlflow_run_id").read_text() != ra["run_id"]
     c = client(uri)
     # epoch 3 was logged before the crash and again after resuming from epoch 2: once in MLflow

@@ -8,27 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from ltbench import methods, models, train
 from ltbench.config import build
-from ltbench.methods.base import DataInfo
 from ltbench.tracking import client
+
+from helpers import make, stage1_state, train_on_synth
 
 D = 64          # resnet8's feature size
 SMALL = {"backbone": "resnet8", "batch_size": 64, "threads": 1}
-
-
-def make(method, counts=(30, 10, 3), **over):
-    info = DataInfo(num_classes=len(counts), counts=counts, in_channels=3, image_size=8)
-    return methods.get(method)(build("synth", 10, method, 0, overrides={"backbone": "resnet8", **over}), info)
-
-
-def stage1_state(weight, bias=None):
-    """A stage-1 state_dict: a fresh resnet8 backbone and the given `fc` head (bias None: cosine head)."""
-    sd = {f"encoder.{k}": v for k, v in models.create("resnet8", 3).state_dict().items()}
-    sd["fc.weight"] = weight
-    if bias is not None:
-        sd["fc.bias"] = bias
-    return sd
 
 
 def on_features(model):
@@ -199,10 +185,7 @@ def test_frozen_backbone_stays_in_eval_mode_through_train_and_eval_switches():
 # ----------------------------------------------------------------------------- real runs
 
 def run(synth, root, method, **over):
-    cfg = build("synth", 10, method, 0, overrides={**SMALL, **over})
-    out = root / method
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{root}/mlflow.db")
-    return out
+    return train_on_synth(synth, root, method, {**SMALL, **over})
 
 
 @pytest.fixture(scope="module")

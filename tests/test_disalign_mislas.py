@@ -7,28 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from ltbench import methods, models, train
+from ltbench import train
 from ltbench.config import build
-from ltbench.methods.base import DataInfo
 from ltbench.methods.disalign import grw_weights
 from ltbench.methods.mislas import label_aware_epsilon, label_aware_smoothing, official_settings
 
+from helpers import make, stage1_state, train_on_synth
+
 D = 64
 SMALL = {"backbone": "resnet8", "batch_size": 64, "threads": 1}
-
-
-def make(method, counts=(30, 10, 3), family="cifar", **over):
-    info = DataInfo(num_classes=len(counts), counts=counts, in_channels=3, image_size=8)
-    cfg = build("synth", 10, method, 0, family=family, overrides={"backbone": "resnet8", **over})
-    return methods.get(method)(cfg, info)
-
-
-def stage1_state(weight, bias=None):
-    sd = {f"encoder.{k}": v for k, v in models.create("resnet8", 3).state_dict().items()}
-    sd["fc.weight"] = weight
-    if bias is not None:
-        sd["fc.bias"] = bias
-    return sd
 
 
 def trained(model):
@@ -196,10 +183,7 @@ def test_mislas_stage1_schedule_is_the_official_cifar_rule():
 # ----------------------------------------------------------------------------- real runs
 
 def run(synth, root, name, method, **over):
-    cfg = build("synth", 10, method, 0, overrides={**SMALL, **over})
-    out = root / name
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{root}/mlflow.db")
-    return out
+    return train_on_synth(synth, root, method, {**SMALL, **over}, name=name)
 
 
 def ckpt(out):

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltbench import methods, train
+from ltbench import methods
 from ltbench.config import build
 from ltbench.methods.base import DataInfo, Step
 from ltbench.methods.glmc import consistency, cutmix_box, label_weights, parabolic_alpha
+
+from helpers import train_on_synth
 
 COUNTS = (150, 70, 32, 15)
 INFO = DataInfo(num_classes=4, counts=COUNTS, in_channels=3, image_size=8)
@@ -170,9 +172,7 @@ def test_maxnorm_caps_fc_cb_rows_at_the_bound_fixed_before_training():
 
 @pytest.mark.parametrize("name", ["glmc", "glmc_maxnorm"])
 def test_two_epochs_of_the_real_trainer(name, synth, tmp_path):
-    cfg = build("synth", 10, name, 0, overrides={"epochs": 2, "backbone": "resnet8", "batch_size": 64, "threads": 1})
-    out = tmp_path / name
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{tmp_path}/mlflow.db")
+    out = train_on_synth(synth, tmp_path, name, {"epochs": 2, "backbone": "resnet8", "batch_size": 64, "threads": 1})
     res = json.loads((out / "result.json").read_text())
     assert res["epochs"] == 2 and 0 <= res["top1_last"] <= 100
     state = torch.load(out / "ckpt" / "last.pt", weights_only=False)["model"]

@@ -14,6 +14,8 @@ from ltbench.methods import kcl_tsc
 from ltbench.methods.ce import CE
 from ltbench.methods.base import DataInfo, Step
 
+from helpers import train_on_synth
+
 INFO = DataInfo(num_classes=4, counts=(8, 4, 2, 1), in_channels=3, image_size=12)
 SMALL = {"backbone": "resnet8", "threads": 1, "feat_dim": 8}
 
@@ -265,11 +267,8 @@ def test_assign_refuses_a_run_without_a_projection_head(synth, tmp_path, capsys)
 # ----------------------------------------------------------------------------- the run chain in the trainer
 
 def run_method(synth, tmp_path, method, family="cifar", **over):
-    cfg = build("synth", 10, method, 0, family=family,
-                overrides={"backbone": "resnet8", "threads": 1, "epochs": 1, "batch_size": 32, **over})
-    out = tmp_path / method
-    train.run(cfg, synth["data"], synth["split"], out, out / "ckpt", f"sqlite:///{tmp_path}/mlflow.db")
-    return out
+    return train_on_synth(synth, tmp_path, method,
+                          {"backbone": "resnet8", "threads": 1, "epochs": 1, "batch_size": 32, **over}, family=family)
 
 
 def test_the_classifier_stage_trains_a_head_on_the_frozen_backbone(synth, tmp_path):
