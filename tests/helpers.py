@@ -1,12 +1,36 @@
 """Helpers several test files share (plain functions; the fixtures live in conftest.py)."""
 import json
+import os
+import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from ltbench import methods, models, train
 from ltbench.config import build
 from ltbench.methods.base import DataInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# the workflow tests' dataset: 4 synthetic classes of 12x12 images, n_max 150
+SYNTH_DATA = {"source": "synthetic", "family": "cifar", "max_per_class": 150, "val_per_class": 10,
+              "options": {"num_classes": 4, "per_class": 200, "test_per_class": 30, "size": 12}}
+
+
+def snakemake_command(workdir, config):
+    """Write `config` to workdir/config.yaml; return the argv that runs the real Snakefile on it in
+    `workdir` (no workflow profile) and the environment, whose PATH holds `ltbench` for the rules."""
+    path = Path(workdir) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(path), "--workflow-profile", "none"]
+    return argv, tool_env()
+
+
+def tool_env():
+    """This environment with the test Python's scripts (snakemake, ltbench) first on PATH."""
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
 def make(method, counts=(30, 10, 3), family="cifar", **over):

@@ -10,17 +10,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import ROOT, snakemake_command
 from test_workflow import TINY
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NEEDED = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged", "/usr/bin/sbatch", "/usr/bin/squeue",
           "/usr/bin/scontrol")
 
@@ -68,12 +65,9 @@ def local_profile(path):
 
 def snakemake(workdir, *args):
     workdir.mkdir()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    argv, env = snakemake_command(workdir, CONFIG)
     with open(workdir / "snakemake.log", "w") as log:
-        return subprocess.Popen([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
-                                 "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-                                 "--workflow-profile", "none", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([*argv, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def finished(proc, workdir, timeout):

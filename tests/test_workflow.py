@@ -1,16 +1,12 @@
 """The DAG end to end on a tiny synthetic config: splits, training jobs, MLflow, tables, plots."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import BIN, ROOT, SYNTH_DATA, snakemake_command, tool_env
 
 TINY = {
     "preset": "tiny",
@@ -19,19 +15,14 @@ TINY = {
     "presets": {"tiny": {"datasets": ["synth"], "imbalance_factors": [10, 5], "seeds": [0, 1],
                          "methods": ["ce", "la_tau2"],
                          "train": {"epochs": 2, "backbone": "resnet8", "batch_size": 64}}},
-    "data": {"synth": {"source": "synthetic", "family": "cifar", "max_per_class": 150, "val_per_class": 10,
-                       "options": {"num_classes": 4, "per_class": 200, "test_per_class": 30, "size": 12}}},
+    "data": {"synth": SYNTH_DATA},
     "variants": {"la_tau2": {"base": "la", "tau": 2.0}},
 }
 
 
 def snakemake(workdir, *args, config=None):
-    cfg = workdir / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config or TINY))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    return subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(cfg), "--workflow-profile", "none", *args],
-                          capture_output=True, text=True, env=env)
+    argv, env = snakemake_command(workdir, config or TINY)
+    return subprocess.run([*argv, *args], capture_output=True, text=True, env=env)
 
 
 def test_the_dag_runs_end_to_end_and_the_tables_come_from_mlflow(tmp_path):
@@ -72,9 +63,8 @@ def test_a_bad_config_stops_before_any_job_with_one_line(tmp_path):
 
 
 def test_the_paper_preset_plans_the_full_grid():
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     r = subprocess.run([str(BIN / "snakemake"), "-n", "--config", "preset=paper", "--quiet", "rules"],
-                       cwd=ROOT, capture_output=True, text=True, env=env)
+                       cwd=ROOT, capture_output=True, text=True, env=tool_env())
     assert r.returncode == 0, r.stderr[-2000:]
     grid = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper"]
     expected = len(grid["datasets"]) * len(grid["imbalance_factors"]) * len(grid["seeds"]) * len(grid["methods"])

@@ -1,10 +1,7 @@
 """The TSC chain in the DAG on a tiny synthetic config: KCL warm-up -> Hungarian assignment ->
 TSC half initialised from the warm-up -> classifier stage, with the targets file as an input."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,8 +9,8 @@ import yaml
 
 from ltbench.tracking import client
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import BIN, SYNTH_DATA, snakemake_command, tool_env
+
 
 TINY = {
     "preset": "tiny",
@@ -22,8 +19,7 @@ TINY = {
     "presets": {"tiny": {"datasets": ["synth"], "imbalance_factors": [10], "seeds": [0], "methods": ["tsc"],
                          "train": {"epochs": 2, "backbone": "resnet8", "batch_size": 64},
                          "per_method": {"tsc_warmup": {"epochs": 1}, "tsc_repr": {"epochs": 1}}}},
-    "data": {"synth": {"source": "synthetic", "family": "cifar", "max_per_class": 150, "val_per_class": 10,
-                       "options": {"num_classes": 4, "per_class": 200, "test_per_class": 30, "size": 12}}},
+    "data": {"synth": SYNTH_DATA},
 }
 
 
@@ -31,15 +27,9 @@ def run_config(run):
     return yaml.safe_load((run / "ckpt" / "config.yaml").read_text())
 
 
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-
-
 def snakemake(workdir, *args):
-    cfg = workdir / "config.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    return subprocess.run([str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(cfg), "--workflow-profile", "none", *args],
-                          capture_output=True, text=True, env=ENV)
+    argv, env = snakemake_command(workdir, TINY)
+    return subprocess.run([*argv, *args], capture_output=True, text=True, env=env)
 
 
 def test_the_targets_rule_writes_the_targets_and_their_checks(tmp_path):
@@ -56,7 +46,7 @@ def test_the_tsc_chain_runs_warmup_assign_repr_then_classifier(tmp_path):
     # same command stands in for it, so the DAG uses this file and does not rerun the rule
     targets = tmp_path / "results" / "targets" / "c4_d128.npy"
     subprocess.run([str(BIN / "ltbench"), "targets", "--classes", "4", "--dim", "128", "--iters", "300",
-                    "--out", str(targets), "--checks", str(targets.with_suffix(".json"))], check=True, env=ENV)
+                    "--out", str(targets), "--checks", str(targets.with_suffix(".json"))], check=True, env=tool_env())
     r = snakemake(tmp_path, "--cores", "2", "results/runs/synth/if10/tsc/seed0/result.json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rule tsc_targets" not in r.stdout + r.stderr
